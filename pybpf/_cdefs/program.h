@@ -1,0 +1,33 @@
+/* bpf_program: open-time settings, load results, attach. */
+const char *bpf_program__name(const struct bpf_program *prog);
+const char *bpf_program__section_name(const struct bpf_program *prog);
+bool bpf_program__autoload(const struct bpf_program *prog);
+int bpf_program__set_autoload(struct bpf_program *prog, bool autoload);
+bool bpf_program__autoattach(const struct bpf_program *prog);
+void bpf_program__set_autoattach(struct bpf_program *prog, bool autoattach);
+size_t bpf_program__insn_cnt(const struct bpf_program *prog);
+int bpf_program__fd(const struct bpf_program *prog);
+int bpf_program__type(const struct bpf_program *prog);
+int bpf_program__set_type(struct bpf_program *prog, int type);
+int bpf_program__expected_attach_type(const struct bpf_program *prog);
+int bpf_program__set_expected_attach_type(struct bpf_program *prog, int type);
+uint32_t bpf_program__flags(const struct bpf_program *prog);
+int bpf_program__set_flags(struct bpf_program *prog, uint32_t flags);
+uint32_t bpf_program__log_level(const struct bpf_program *prog);
+int bpf_program__set_log_level(struct bpf_program *prog, uint32_t log_level);
+const char *bpf_program__log_buf(const struct bpf_program *prog, size_t *log_size);
+int bpf_program__set_log_buf(struct bpf_program *prog, char *log_buf, size_t log_size);
+int bpf_program__set_attach_target(struct bpf_program *prog, int attach_prog_fd, const char *attach_func_name);
+void bpf_program__set_ifindex(struct bpf_program *prog, uint32_t ifindex);
+
+struct bpf_link *bpf_program__attach(const struct bpf_program *prog);
+struct bpf_link *bpf_program__attach_xdp(const struct bpf_program *prog, int ifindex);
+struct bpf_link *bpf_program__attach_trace(const struct bpf_program *prog);
+struct bpf_link *bpf_program__attach_freplace(const struct bpf_program *prog, int target_fd, const char *attach_func_name);
+struct bpf_link *bpf_program__attach_raw_tracepoint(const struct bpf_program *prog, const char *tp_name);
+struct bpf_link *bpf_program__attach_tracepoint(const struct bpf_program *prog, const char *tp_category, const char *tp_name);
+struct bpf_link *bpf_program__attach_kprobe(const struct bpf_program *prog, bool retprobe, const char *func_name);
+struct bpf_link *bpf_program__attach_cgroup(const struct bpf_program *prog, int cgroup_fd);
+struct bpf_link *bpf_program__attach_netns(const struct bpf_program *prog, int netns_fd);
+struct bpf_link *bpf_program__attach_lsm(const struct bpf_program *prog);
+struct bpf_link *bpf_program__attach_iter(const struct bpf_program *prog, const void *opts);

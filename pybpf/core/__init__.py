@@ -1,0 +1,1 @@
+"""The object model: Object, Program, Map, Link, Btf."""
