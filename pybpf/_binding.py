@@ -11,7 +11,7 @@ from typing import Callable
 
 from pybpf._native import ffi, lib  # type: ignore[import-not-found]
 
-__all__ = ["ffi", "lib", "LIBBPF_VERSION", "HAS", "capture_libbpf_log", "libbpf_logger"]
+__all__ = ["ffi", "lib", "LIBBPF_VERSION", "HAS", "capture_libbpf_log", "libbpf_logger", "ptr_errno"]
 
 libbpf_logger = logging.getLogger("pybpf.libbpf")
 logging.getLogger("pybpf").addHandler(logging.NullHandler())
@@ -26,6 +26,22 @@ HAS: dict[str, bool] = {
     "link_update_map": bool(lib.PYBPF_HAS_LINK_UPDATE_MAP),
     "prog_info_by_fd": bool(lib.PYBPF_HAS_PROG_INFO_BY_FD),
 }
+
+
+def ptr_errno(ptr: object, default: int) -> int:
+    """0 if a pointer returned by a libbpf constructor is a real object, else
+    the error: errno for NULL, or the code inside an error pointer.
+
+    libbpf 1.x turns its internal ERR_PTR(-err) into NULL + errno only when
+    err is in the kernel's errno range (<= 4095); libbpf 1.1 can return
+    ERR_PTR(-65532) for a malformed ELF, a pointer no user-space address
+    has (the top bit set), which must never be dereferenced."""
+    if ptr == ffi.NULL:
+        return int(ffi.errno) or default
+    value = int(ffi.cast("uintptr_t", ptr))
+    if value >= 1 << 63:
+        return (1 << 64) - value
+    return 0
 
 
 @ffi.def_extern(error=None)  # type: ignore[misc]

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from pybpf._binding import ffi, lib
+from pybpf._binding import ffi, lib, ptr_errno
 from pybpf.errors import BPFNotFoundError, ClosedError, raise_errno
 
 
@@ -297,8 +297,8 @@ class Btf:
             p = lib.btf__load_from_kernel_by_id_split(btf_id, _vmlinux()._ptr())
         else:
             p = lib.btf__load_from_kernel_by_id(btf_id)
-        if p == ffi.NULL:
-            raise_errno(ffi.errno or _errno.ENOENT, f"load BTF id {btf_id} from the kernel")
+        if err := ptr_errno(p, _errno.ENOENT):
+            raise_errno(err, f"load BTF id {btf_id} from the kernel")
         return cls(p)
 
     @classmethod
@@ -316,8 +316,7 @@ class Btf:
         elif not os.path.realpath(path).startswith("/sys/kernel/btf/"):   # the kernel's own BTF is trusted
             check_btf(data, what=f"BTF in {os.fspath(path)}")
         p = lib.btf__parse(os.fsencode(path), ffi.NULL)
-        if p == ffi.NULL:
-            err = ffi.errno or _errno.EINVAL
+        if err := ptr_errno(p, _errno.EINVAL):
             if err == _errno.ENOENT:
                 raise BPFNotFoundError(err, f"parse BTF: {os.fspath(path)} does not exist")
             raise_errno(err, f"parse BTF from {os.fspath(path)}")
@@ -331,8 +330,8 @@ class Btf:
         check_btf(data)   # libbpf 1.1 does not check type references
         buf = ffi.from_buffer(data)
         p = lib.btf__new(buf, len(data))
-        if p == ffi.NULL:
-            raise_errno(ffi.errno or _errno.EINVAL, "parse BTF bytes")
+        if err := ptr_errno(p, _errno.EINVAL):
+            raise_errno(err, "parse BTF bytes")
         return cls(p)
 
     def close(self) -> None:
@@ -417,8 +416,8 @@ class Btf:
 @functools.lru_cache(maxsize=1)
 def _vmlinux() -> Btf:
     p = lib.btf__load_vmlinux_btf()
-    if p == ffi.NULL:
-        raise_errno(ffi.errno or _errno.ENOENT, "load the kernel's BTF (/sys/kernel/btf/vmlinux)",
+    if err := ptr_errno(p, _errno.ENOENT):
+        raise_errno(err, "load the kernel's BTF (/sys/kernel/btf/vmlinux)",
                     hint="the kernel must be built with CONFIG_DEBUG_INFO_BTF=y")
     return Btf(p)
 

@@ -8,7 +8,7 @@ import threading
 import weakref
 from typing import Any, Iterator, Mapping, TypeVar
 
-from pybpf._binding import capture_libbpf_log, ffi, lib
+from pybpf._binding import capture_libbpf_log, ffi, lib, ptr_errno
 from pybpf.core.btf import Btf, Kind
 from pybpf.core.codec import Codec, codec_for
 from pybpf.core.map import Map
@@ -233,12 +233,12 @@ class Object:
                 with open(path, "rb") as f:
                     check_elf(f.read(), path)   # libbpf 1.1 crashes on some malformed objects
                 ptr = lib.bpf_object__open_file(os.fsencode(path), opts)
-        if ptr == ffi.NULL:
-            err = ffi.errno or _errno.EINVAL
+        err = ptr_errno(ptr, _errno.EINVAL)
+        if err:
             detail = _last_lines(log.text)
             exc = error_for(err, f"open BPF object {label}" + (f": {detail}" if detail else ""), op="open",
                             cls=ELFError if err in (_errno.EINVAL, 4000, 4001, 4003, _errno.ENOEXEC, _errno.EBADF,
-                                                    _errno.E2BIG) else None)
+                                                    _errno.E2BIG) or err > 4095 else None)
             if isinstance(exc, ELFError):
                 exc.hint = "is it a BPF ELF object built with clang -target bpf -g?"
             raise exc

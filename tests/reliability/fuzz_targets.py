@@ -42,6 +42,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import pybpf
+from pybpf.core.map import PERCPU_TYPES, _possible_cpus
 from pybpf.errors import BPFError
 from rel_util import compiled, open_fds
 
@@ -125,6 +126,7 @@ def mutate(seed: int, muts: list[tuple[Any, ...]]) -> bytes:
     return bytes(data)
 
 
+_POSSIBLE_CPUS = _possible_cpus()
 _bpffs_dir: list[str] = []
 
 
@@ -142,15 +144,41 @@ def _scratch_bpffs() -> str:
     return _bpffs_dir[0]
 
 
-def _clamp_maps(obj: pybpf.Object) -> None:
-    """Harness policy, not a library behaviour: keep mutated map sizes from
-    asking the host for gigabytes of kernel memory."""
+# Harness policy, not a library behaviour: what one mutated object may ask
+# the kernel for. A mutated BTF can make a value type hundreds of MB; eight
+# such entries are gigabytes of kernel memory charged to the run's cgroup
+# (one CI run lost its pytest process to the OOM killer that way).
+MAP_BUDGET = 16 << 20          # bytes per map
+OBJECT_BUDGET = 64 << 20       # bytes per object, all maps together
+ENTRY_OVERHEAD = 64            # hash element header, rounding
+
+
+def _map_bytes(m: pybpf.Map, max_entries: int) -> int:
+    """A generous estimate of the kernel memory a map of this shape takes."""
+    if m.type in (pybpf.MapType.RINGBUF, pybpf.MapType.USER_RINGBUF):
+        return 2 * max_entries               # data pages, and mapped twice
+    cpus = _POSSIBLE_CPUS if m.type in PERCPU_TYPES else 1
+    entry = max(m.key_size, 0) + max(m.value_size, 1) * cpus + ENTRY_OVERHEAD
+    return max_entries * entry
+
+
+def _clamp_maps(obj: pybpf.Object) -> bool:
+    """Shrink every map to MAP_BUDGET; False when the object would still
+    ask for more than OBJECT_BUDGET (then it is not loaded)."""
+    total = 0
     for m in obj.maps.values():
         try:
-            if m.max_entries * max(1, m.value_size + m.key_size) > (64 << 20) or m.max_entries > (1 << 20):
-                m.set_max_entries(4096 if m.type == pybpf.MapType.RINGBUF else 64)
+            n = m.max_entries
+            if _map_bytes(m, n) > MAP_BUDGET:
+                if m.type in (pybpf.MapType.RINGBUF, pybpf.MapType.USER_RINGBUF):
+                    n = 4096
+                else:
+                    n = max(1, MAP_BUDGET // max(1, _map_bytes(m, 1)))
+                m.set_max_entries(n)
+            total += _map_bytes(m, n)
         except BPFError:
             pass
+    return total <= OBJECT_BUDGET
 
 
 def try_elf(data: bytes) -> None:
@@ -166,11 +194,13 @@ def try_elf(data: bytes) -> None:
         if btf is not None:
             for t in btf:
                 t.describe()
-        _clamp_maps(obj)
+        fits = _clamp_maps(obj)
         try:
             list(obj.variables)
         except BPFError:
             pass
+        if not fits:
+            return
         try:
             obj.load()
         except BPFError:
@@ -965,9 +995,23 @@ def replay(target: str, paths: list[str]) -> list[str]:
     return failed
 
 
+def _selftest_bigmap(gib: int) -> str:
+    """Ask the kernel for a GIB GiB array map: inside the worker's memory
+    cgroup the allocation must fail (or the OOM killer end this process),
+    which is what keeps a hostile input from taking the host's memory."""
+    try:
+        with pybpf.Map.create("array", 4, 1 << 20, gib << 10, name="fz_big"):
+            return "created"
+    except BPFError as e:
+        return f"refused {type(e).__name__} errno={getattr(e, 'errno', None)}"
+
+
 if __name__ == "__main__":
     import logging
     logging.disable(logging.CRITICAL)
+    if sys.argv[1] == "selftest_bigmap":
+        print(_selftest_bigmap(int(sys.argv[2])))
+        sys.exit(0)
     if sys.argv[1] == "replay":
         bad = replay(sys.argv[2], sys.argv[3:])
         print("\n".join(bad) if bad else f"OK replay {len(sys.argv) - 3}")

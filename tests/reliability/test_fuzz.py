@@ -30,10 +30,69 @@ CORPUS_FILES = sorted(p for p in CORPUS.glob("*/*") if p.is_file() and p.parent.
 SHARED_WORKER = ("compile", "cli")
 
 
+# A worker may not take the test run down with it: it is the first choice of
+# the OOM killer, and where a memory cgroup can be made it runs in one of its
+# own with this limit (a mutated object's maps are charged to it), so an input
+# that asks the kernel for gigabytes kills the worker, not pytest.
+WORKER_MEMORY = 2 << 30
+
+
+def _memory_cage() -> Path | None:
+    """A new child of this process's cgroup-v1 memory cgroup, limited to
+    WORKER_MEMORY; None where there is none or it cannot be made."""
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            if "memory" in controllers.split(","):
+                cage = Path("/sys/fs/cgroup/memory") / path.lstrip("/") / f"pybpf-fuzz-{os.getpid()}-{time.monotonic_ns()}"
+                cage.mkdir()
+                try:
+                    (cage / "memory.limit_in_bytes").write_text(str(WORKER_MEMORY))
+                except OSError:
+                    cage.rmdir()
+                    return None
+                return cage
+    except OSError:
+        pass
+    return None
+
+
+def _oom_kills(cage: Path | None) -> int:
+    try:
+        for line in (cage / "memory.oom_control").read_text().splitlines() if cage else ():
+            if line.startswith("oom_kill "):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def _worker(*args: str, timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     full = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), str(ROOT)]), PYTHONFAULTHANDLER="1", **(env or {}))
-    return subprocess.run([sys.executable, str(HERE / "fuzz_targets.py"), *args], capture_output=True, text=True,
-                          timeout=timeout, env=full, cwd=str(HERE), stdin=subprocess.DEVNULL)
+    cage = _memory_cage()
+
+    def enter() -> None:          # in the child, before exec
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+        if cage is not None:
+            with open(cage / "cgroup.procs", "w") as f:
+                f.write(str(os.getpid()))
+
+    try:
+        r = subprocess.run([sys.executable, str(HERE / "fuzz_targets.py"), *args], capture_output=True, text=True,
+                           timeout=timeout, env=full, cwd=str(HERE), stdin=subprocess.DEVNULL, preexec_fn=enter)
+        if r.returncode == -signal.SIGKILL and _oom_kills(cage):
+            r.stderr += (f"\nthe worker was killed by the OOM killer at its memory limit of {WORKER_MEMORY >> 20} MiB"
+                         " (the input asked the kernel for too much memory: see MAP_BUDGET in fuzz_targets.py)")
+        return r
+    finally:
+        if cage is not None:
+            for _ in range(50):   # the cgroup can be removed once the worker's exit is complete
+                try:
+                    cage.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.1)
 
 
 @pytest.mark.parametrize("path", [p for p in CORPUS_FILES if p.parent.name not in SHARED_WORKER],
@@ -89,6 +148,7 @@ def walk(p):
 show("var-dangling", lambda: open_load(C + "elf/var-dangling-type.o"))
 show("var-dangling-mem", lambda: open_bytes_load(C + "elf/var-dangling-type.o"))
 show("struct-ops", lambda: open_load(C + "elf/ringbuf-map-retyped-struct-ops.o"))
+show("extern-err-ptr", lambda: open_bytes_load(C + "elf/extern-kcfg-error-pointer.o"))
 show("btf-dangling", lambda: walk(C + "btf/array-elem-dangling.btf"))
 show("btf-cycle", lambda: walk(C + "btf/ptr-array-cycle.btf"))
 show("btf-file-dangling", lambda: pybpf.Btf.from_file(C + "btf/array-elem-dangling.btf").close())
@@ -107,6 +167,9 @@ def test_known_crashers_get_explained_errors() -> None:
     assert out["var-dangling-mem"].startswith("ELFError")
     # A .maps map of type STRUCT_OPS: libbpf 1.1 dereferenced NULL in bpf_object__load.
     assert out["struct-ops"].startswith("BPFInvalidError") and "STRUCT_OPS" in out["struct-ops"]
+    # An extern whose BTF was mutated: libbpf 1.1 returned ERR_PTR(-65532) from
+    # bpf_object__open_mem, outside the errno range it turns into NULL.
+    assert out["extern-err-ptr"].startswith("ELFError") and "extern" in out["extern-err-ptr"], out
     # Raw BTF: dangling references are refused up front; cycles no longer recurse forever.
     assert out["btf-dangling"].startswith("BPFInvalidError") and "does not exist" in out["btf-dangling"]
     assert out["btf-file-dangling"].startswith("BPFInvalidError") and "does not exist" in out["btf-file-dangling"]
@@ -207,6 +270,25 @@ def test_harness_reports_a_segfault_with_its_input(tmp_path: Path) -> None:
     blob = crash.read_bytes()
     assert len(blob) >= 4 and blob[0] >= 0x80, blob
     assert "Fatal Python error: Segmentation fault" in r.stderr     # faulthandler names it
+
+
+def test_worker_kernel_memory_is_bounded() -> None:
+    """A worker asking the kernel for more than WORKER_MEMORY (a 3 GiB array
+    map, as a mutated value type can) is refused or killed inside its memory
+    cgroup; the test run goes on (the harness can fail)."""
+    if _memory_cage_unavailable():
+        pytest.skip("no cgroup-v1 memory controller here to bound the fuzz workers")
+    r = _worker("selftest_bigmap", "3", timeout=120)
+    assert "created" not in r.stdout, "a 3 GiB map was created inside a 2 GiB memory cgroup"
+    refused = r.returncode == 0 and "refused" in r.stdout and "errno=12" in r.stdout
+    assert refused or (r.returncode == -signal.SIGKILL and "OOM killer" in r.stderr), (r.returncode, r.stdout, r.stderr)
+
+
+def _memory_cage_unavailable() -> bool:
+    cage = _memory_cage()
+    if cage is not None:
+        cage.rmdir()
+    return cage is None
 
 
 @pytest.mark.slow
