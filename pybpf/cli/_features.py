@@ -244,9 +244,11 @@ def _so_unregister(ctx: Ctx, args: Args) -> int:
     so = need("pybpf.features.struct_ops", "unregister", "list_struct_ops", "inspect")
     if not args:
         raise CLIError("which struct_ops map? (id ID | name NAME | pinned PATH)", 2)
-    words = list(args.w)
-    if words[0] in ("pinned",) or words[0].startswith("/"):
-        path = words[1] if words[0] == "pinned" else words[0]
+    if args.peek() == "pinned" or (args.peek() or "").startswith("/"):
+        if args.peek() == "pinned":
+            args.next("pinned")
+        path = args.next("a pinned path (PATH in bpffs)")
+        args.done()
         so.unregister(path)
     else:
         for i in _so_select(so, args):
