@@ -3,6 +3,7 @@ replace, detach, and the conflicts between netlink and BPF-link attachments,
 with real packets through a veth pair."""
 from __future__ import annotations
 
+import errno
 import time
 
 import pytest
@@ -52,6 +53,35 @@ def test_attach_query_detach_with_packets(two, veth_pair, mode):
     assert att.detach() is False                       # already gone: nothing removed
     _udp(veth_pair, 5)
     assert counts[UDP4].packets == 20                  # detached: no longer counting
+
+
+def test_attach_by_ifindex_inside_the_namespace(two, veth_pair):
+    """An interface named by its index, in the caller's own namespace."""
+    prog, counts = two[0].programs["xdp_count"], two[0].maps["counts"]
+    with veth_pair.b.enter():
+        att = xdp.attach(prog, veth_pair.ifindex_b, "skb")
+    try:
+        st = xdp.query(veth_pair.if_b, netns=veth_pair.b.name)
+        assert st.prog_id == prog.id and st.mode == "skb" and st.ifindex == veth_pair.ifindex_b
+        _udp(veth_pair, 7)
+        assert counts[UDP4].packets == 7
+    finally:
+        assert att.detach() is True
+    assert not xdp.query(veth_pair.if_b, netns=veth_pair.b.name).attached
+
+
+@pytest.mark.parametrize("mode", ["offload", "hw"])
+def test_offload_flag_reaches_the_driver_and_is_explained(two, veth_pair, mode):
+    """XDP_FLAGS_HW_MODE is passed through to the driver: veth has no
+    offload, the kernel refuses, the error says why, nothing is attached."""
+    prog = two[0].programs["xdp_count"]
+    where = dict(netns=veth_pair.b.name)
+    with pytest.raises(pybpf.NotSupportedError, match=r"in hw \(offload\) mode: the device's driver refused") as ei:
+        xdp.attach(prog, veth_pair.if_b, mode, **where)
+    assert ei.value.errno in (errno.EINVAL, errno.EOPNOTSUPP), ei.value
+    assert "set_ifindex" in ei.value.hint
+    st = xdp.query(veth_pair.if_b, **where)
+    assert not st.attached and st.hw_prog_id == 0
 
 
 def test_noexist_then_atomic_replace(two, veth_pair):

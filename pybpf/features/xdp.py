@@ -25,7 +25,8 @@ from typing import Any, Iterator
 
 from pybpf import netns as _netns
 from pybpf import raw
-from pybpf.errors import BPFBusyError, BPFError, BPFExistsError, BPFInvalidError, NotSupportedError, error_for
+from pybpf.errors import (BPFBusyError, BPFError, BPFExistsError, BPFInvalidError, BPFNotFoundError, NotSupportedError,
+                          error_for)
 
 __all__ = ["XdpStatus", "XdpAttachment", "attach", "detach", "query", "explain_busy", "MODES"]
 
@@ -305,7 +306,34 @@ def attach(prog: Any, iface: str | int, mode: str | None = None, *, netns: str |
         for k in keep:
             k.close()
     pid = int(raw.prog_info(pfd).id)
-    return XdpAttachment(prog, idx, iface, netns, st.mode_of(pid) or st.mode, pid)
+    return XdpAttachment(prog, idx, iface, netns, st.mode_of(pid) or st.mode, pid,
+                         ns_ident=_current_netns() if netns is None else None)
+
+
+def _current_netns() -> tuple[int, int]:
+    """(device, inode) of the calling thread's network namespace."""
+    st = os.stat("/proc/thread-self/ns/net")
+    return st.st_dev, st.st_ino
+
+
+def _netns_path_of(ident: tuple[int, int]) -> str | None:
+    """A path that opens the namespace ``ident``: a named one (/run/netns)
+    or one of this process's threads; None if there is none."""
+    for base, names in ((_netns.NETNS_RUN_DIR, lambda: os.listdir(_netns.NETNS_RUN_DIR)),
+                        ("/proc/self/task", lambda: [f"{t}/ns/net" for t in os.listdir("/proc/self/task")])):
+        try:
+            entries = names()
+        except OSError:
+            continue
+        for name in entries:
+            path = os.path.join(base, name)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) == ident:
+                return path
+    return None
 
 
 def _explain_netlink(ipr: Any, code: int, text: str, what: str, idx: int, iface: str | int,
@@ -332,6 +360,11 @@ def _explain_netlink(ipr: Any, code: int, text: str, what: str, idx: int, iface:
                                                     "retry with the program attached now")
         raise BPFBusyError(code, f"{what}: another XDP program is already attached: {holder}{detail}",
                            op="netlink", hint=_busy_hint(st, iface, "netlink"))
+    if mode is not None and MODES.get(mode) == XDP_FLAGS_HW_MODE and code in (_errno.EINVAL, _errno.EOPNOTSUPP):
+        raise NotSupportedError(code, f"{what} in hw (offload) mode: the device's driver refused to run the program "
+                                f"on the NIC{detail}", op="netlink",
+                                hint="offload needs a driver with XDP offload (a SmartNIC such as nfp) and a program "
+                                     "loaded for that device (Program.set_ifindex before load); use mode='drv' or 'skb'")
     if code == _errno.EOPNOTSUPP:
         raise NotSupportedError(code, f"{what} in {mode or 'default'} mode: the driver does not support it{detail}",
                                 op="netlink", hint="try mode='skb' (generic XDP works on every interface)")
@@ -405,16 +438,31 @@ class XdpAttachment:
     """
 
     def __init__(self, prog: Any, ifindex: int, iface: str | int, netns: str | os.PathLike[str] | None,
-                 mode: str | None, prog_id: int):
+                 mode: str | None, prog_id: int, ns_ident: tuple[int, int] | None = None):
         self.prog = prog
         self.ifindex = ifindex
         self.iface = iface
         self.netns = netns
         self.mode = mode
         self.prog_id = prog_id
+        # made in the caller's own namespace (netns=None): which one it was, so that a later
+        # detach from another namespace never reaches a different interface with the same index
+        self._ns_ident = ns_ident
+
+    def _netns(self) -> str | os.PathLike[str] | None:
+        if self.netns is not None or self._ns_ident is None or _current_netns() == self._ns_ident:
+            return self.netns
+        path = _netns_path_of(self._ns_ident)
+        if path is None:
+            raise BPFNotFoundError(_errno.ENOENT, f"XDP attachment of program id {self.prog_id} on ifindex "
+                                   f"{self.ifindex}: it was made in another network namespace, which this thread "
+                                   "is not in and which has no name in /run/netns",
+                                   hint="detach it from inside that namespace (pybpf.netns.enter), or attach with "
+                                        "netns=NAME so the attachment remembers where it is")
+        return path
 
     def status(self) -> XdpStatus:
-        return query(self.ifindex, netns=self.netns)
+        return query(self.ifindex, netns=self._netns())
 
     @property
     def attached(self) -> bool:
@@ -427,12 +475,13 @@ class XdpAttachment:
     def detach(self) -> bool:
         """Detach, if this program is still the one attached (atomic).
         Returns False when it no longer was."""
+        where = self._netns()
         try:
-            st = query(self.ifindex, netns=self.netns)
+            st = query(self.ifindex, netns=where)
             mode = st.mode_of(self.prog_id)
             if mode is None:
                 return False
-            return detach(self.ifindex, mode, netns=self.netns, expected=self.prog_id)
+            return detach(self.ifindex, mode, netns=where, expected=self.prog_id)
         except BPFExistsError:
             return False
         except BPFError as e:
