@@ -193,23 +193,26 @@ def test_extending_an_extension_explained(load):
 
 
 @pytest.mark.needs("trampoline")
-def test_extending_fexit_explained(load):
+@pytest.mark.parametrize("kind", ["fexit", "fentry"])
+def test_extending_tracing_program_explained(load, kind):
     xp = load("ext_target").programs["xdp_classify"]
+    name = f"{kind}_main"
     with opened("tramp_bpf") as t:
-        for name in ("fentry_sub", "fexit_sub"):
-            t.programs[name].set_autoload(False)
-        fx = t.programs["fexit_main"]
-        fx.set_attach_target(xp, "xdp_classify")
+        for other in t.programs:
+            if other != name:
+                t.programs[other].set_autoload(False)
+        tp = t.programs[name]
+        tp.set_attach_target(xp, "xdp_classify")
         t.load()
-        # named as a Program of an Object: pybpf knows it is fexit and refuses before loading
+        # named as a Program of an Object: pybpf knows its kind and refuses before loading
         with opened("ext_replace") as e:
             with pytest.raises(pybpf.BPFInvalidError) as ei:
-                e.programs["new_classify"].set_attach_target(fx, "fexit_main")
-        assert "cannot extend an fexit program" in str(ei.value)
+                e.programs["new_classify"].set_attach_target(tp, name)
+        assert f"cannot extend an {kind} program" in str(ei.value)
         # named by id and not attached anywhere, its kind is unknown: the kernel's verdict is
         # explained, with the verifier log kept
         with opened("ext_replace") as e:
-            e.programs["new_classify"].set_attach_target(fx.id, "fexit_main")
+            e.programs["new_classify"].set_attach_target(tp.id, name)
             with pytest.raises(pybpf.VerifierError) as vi:
                 e.load()
         # 6.1 words it "Cannot replace static functions" (the tracing program's function takes a raw
@@ -222,7 +225,7 @@ def test_extending_fexit_explained(load):
 def test_freplace_and_fexit_on_one_function_busy_explained(load):
     xp = load("ext_target").programs["xdp_classify"]
     with opened("tramp_bpf") as t, opened("ext_replace") as e:
-        for name in ("fentry_sub", "fexit_main"):
+        for name in ("fentry_main", "fentry_sub", "fexit_main"):
             t.programs[name].set_autoload(False)
         fx = t.programs["fexit_sub"]
         fx.set_attach_target(xp, "classify")

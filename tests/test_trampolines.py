@@ -77,6 +77,7 @@ def test_fexit_on_bpf_main_and_global_subprog_with_stats(load):
     xp = tgt.programs["xdp_classify"]
     with opened("tramp_bpf") as t:
         progs = t.programs
+        progs["fentry_main"].set_attach_target(xp, "xdp_classify")
         progs["fexit_main"].set_attach_target(xp, "xdp_classify")
         progs["fentry_sub"].set_attach_target(xp.id, "classify")
         progs["fexit_sub"].set_attach_target(xp, "classify")
@@ -84,12 +85,14 @@ def test_fexit_on_bpf_main_and_global_subprog_with_stats(load):
         with contextlib.ExitStack() as stack:
             stats = stack.enter_context(pybpf.enable_stats())
             links = {n: stack.enter_context(progs[n].attach()) for n in progs}
-            for name, func in (("fexit_main", "xdp_classify"), ("fentry_sub", "classify"), ("fexit_sub", "classify")):
+            for name, func in (("fentry_main", "xdp_classify"), ("fexit_main", "xdp_classify"),
+                               ("fentry_sub", "classify"), ("fexit_sub", "classify")):
                 d = links[name].info().details
                 assert d["target_obj_id"] == xp.id
                 assert d["target_btf_id"] == xp.btf.find(func, pybpf.Kind.FUNC).id
             seen = {(a.function, a.kind, a.prog_name) for a in ext.attachments(xp)}
-            assert seen == {("xdp_classify", "fexit", "fexit_main"), ("classify", "fentry", "fentry_sub"),
+            assert seen == {("xdp_classify", "fentry", "fentry_main"), ("xdp_classify", "fexit", "fexit_main"),
+                            ("classify", "fentry", "fentry_sub"),
                             ("classify", "fexit", "fexit_sub")}
 
             before = xp.info().run_cnt
@@ -98,6 +101,7 @@ def test_fexit_on_bpf_main_and_global_subprog_with_stats(load):
             assert t.variables["sub_ret"] == CLASS_DEFAULT
             assert xp.test_run(PACKET[:20]).retval == XDP_PASS
             assert t.variables["sub_ret"] == CLASS_SHORT
+            assert t.variables["main_entries"] == 4
             assert t.variables["main_runs"] == 4 and t.variables["main_ret"] == XDP_PASS
             assert t.variables["sub_entries"] == 4 and t.variables["sub_runs"] == 4
             assert tgt.maps["class_count"][CLASS_DEFAULT] == 3 and tgt.maps["class_count"][CLASS_SHORT] == 1
@@ -110,7 +114,7 @@ def test_fexit_on_bpf_main_and_global_subprog_with_stats(load):
         # all detached
         assert ext.attachments(xp) == []
         xp.test_run(PACKET)
-        assert t.variables["main_runs"] == 4
+        assert t.variables["main_runs"] == 4 and t.variables["main_entries"] == 4
 
 
 def _fmod_test_run(prog: pybpf.Program) -> int:
@@ -185,7 +189,7 @@ def test_fexit_on_bpf_program_attach_again_explained(load):
     (EINVAL on re-attach, explained)."""
     xp = load("ext_target").programs["xdp_classify"]
     with opened("tramp_bpf") as t:
-        for name in ("fentry_sub", "fexit_sub"):
+        for name in ("fentry_main", "fentry_sub", "fexit_sub"):
             t.programs[name].set_autoload(False)
         fx = t.programs["fexit_main"]
         fx.set_attach_target(xp, "xdp_classify")

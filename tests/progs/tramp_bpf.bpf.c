@@ -3,11 +3,19 @@
  * set_attach_target): on its main function and on a global subprogram. */
 #include "pybpf.bpf.h"
 
+__u64 main_entries = 0;
 __u64 main_runs = 0;
 __s64 main_ret = -1;
 __u64 sub_entries = 0;
 __u64 sub_runs = 0;
 __s64 sub_ret = -1;
+
+SEC("fentry")
+int BPF_PROG(fentry_main, struct xdp_md *xdp)
+{
+	main_entries++;
+	return 0;
+}
 
 SEC("fexit")
 int BPF_PROG(fexit_main, struct xdp_md *xdp, int ret)
