@@ -25,7 +25,7 @@ GUEST_KERNELS=${PYBPF_GUEST_KERNELS:-6.1,7.3}
 GUEST_TESTS=(tests/test_trampolines.py tests/test_extensions.py tests/test_shared_subprog.py
              tests/test_dispatcher.py tests/reliability/test_dispatcher_crash.py
              tests/reliability/test_crash.py tests/reliability/test_hygiene.py
-             tests/test_struct_ops.py tests/test_kptr.py)
+             tests/test_struct_ops.py tests/test_kptr.py tests/test_cli.py)
 GUEST_MARKS="trampoline or freplace or fmod_ret or struct_ops or struct_ops_link or kptr or kptr_untrusted"
 # clang runs about 15 times slower in a TCG guest: compile the guests'
 # objects here, into the cache the guests share (a source that does not

@@ -179,6 +179,20 @@ def test_caller_priority_and_defaults(disp, comp, trace, veth_pair):
 
 
 @pytest.mark.needs("xdp", "freplace")
+def test_equal_priorities_are_ordered_by_name_as_libxdp_does(disp, comp, trace, veth_pair):
+    """libxdp's cmp_xdp_programs(): a priority tie is broken by the program
+    name, whatever the order of adding (c added first still runs after a)."""
+    c, a = comp("c"), comp("a")
+    disp.add(c.programs["disp_c"], priority=25)
+    disp.add(a.programs["disp_a"], priority=25)
+    assert [(x.name, x.priority, x.slot) for x in disp.components()] == [("disp_a", 25, 0), ("disp_c", 25, 1)]
+    trace.reset()
+    udp(veth_pair, 5)
+    seen = trace.ids()
+    assert len(seen) >= 10 and seen == "ac" * (len(seen) // 2)
+
+
+@pytest.mark.needs("xdp", "freplace")
 def test_drop_stops_the_chain_unless_chained(disp, comp, trace, veth_pair):
     a, b, c = comp("a"), comp("b", verdict=DROP), comp("c")
     disp.add_many([a.programs["disp_a"], b.programs["disp_b"], c.programs["disp_c"]])
