@@ -379,3 +379,28 @@ def test_check_type_tags_names_the_field(tmp_path: Any) -> None:
 def test_compile_refuses_kptr_to_forward_declared_struct() -> None:
     with pytest.raises(CompileError, match=r"struct cgroup, which the object's BTF only forward-declares"):
         pybpf.compile(PROGS / "kptr_fwd.bpf.c")
+
+
+def _fake_clang(tmp_path: Any, major: int) -> str:
+    """A 'clang' that only answers --version, as Debian's clang-14 does."""
+    fake = tmp_path / f"clang-{major}"
+    fake.write_text(f'#!/bin/sh\necho "Debian clang version {major}.0.6"\necho "Target: x86_64-pc-linux-gnu"\n')
+    fake.chmod(0o755)
+    return str(fake)
+
+
+def test_compile_refuses_a_clang_that_drops_type_tags(tmp_path: Any, monkeypatch: Any) -> None:
+    """A kptr source and a clang older than 16 (bookworm's default clang-14
+    drops btf_type_tag): refused before compiling, with what to install,
+    whether the clang is named by the caller or by PYBPF_CLANG."""
+    src = PROGS / "kptr_task.bpf.c"
+    old = _fake_clang(tmp_path, 14)
+    with pytest.raises(CompileError) as ei:
+        pybpf.compile(src, clang=old, output=tmp_path / "x.o")
+    assert f"{old} is clang 14, which drops BTF type tags" in str(ei.value)
+    assert "clang-16" in (ei.value.hint or "")
+    monkeypatch.setenv("PYBPF_CLANG", old)
+    with pytest.raises(CompileError) as ei:
+        pybpf.compile(src, output=tmp_path / "y.o")
+    assert f"{old} is clang 14; clang 16 or newer is needed" in str(ei.value)
+    assert not (tmp_path / "x.o").exists() and not (tmp_path / "y.o").exists()

@@ -552,6 +552,7 @@ def test_refused_registration_says_why(case: str) -> None:
         assert ei.value.hint
         assert not so.inspect(obj.maps["so_err"]).registered
     assert "pybpf_so_err" not in available()
+    assert not [i for i in so.list_struct_ops() if i.map_name == "so_err"]
 
 
 @pytest.mark.parametrize("case", sorted(LOAD_ERRORS))
@@ -564,6 +565,7 @@ def test_refused_load_says_why(case: str) -> None:
         for w in words:
             assert w in text, f"{w!r} not in: {text}"
     assert "pybpf_so_err" not in available()
+    assert not [i for i in so.list_struct_ops() if i.map_name == "so_err"]
 
 
 def test_license_error_quotes_the_verifier() -> None:
@@ -571,6 +573,20 @@ def test_license_error_quotes_the_verifier() -> None:
         with pytest.raises(VerifierError) as ei:
             obj.load()
     assert "struct ops programs must have a GPL compatible license" in ei.value.log
+
+
+def test_forbidden_helper_quotes_the_verifier() -> None:
+    """A tcp_congestion_ops program calling bpf_redirect: refused at load,
+    the program named, the verifier's own line about the helper kept."""
+    with pybpf.Object.open(errors_obj("HELPER")) as obj:
+        with pytest.raises(VerifierError) as ei:
+            obj.load()
+    e = ei.value
+    assert e.program == "e_cong_avoid" and "e_cong_avoid" in str(e)
+    # 6.18 words it "program of this type cannot use helper", older kernels "unknown func"
+    assert ("cannot use helper bpf_redirect#23" in e.log or "unknown func bpf_redirect#23" in e.log), e.log[-2000:]
+    assert "bpf_redirect#23" in str(e)          # the last lines shown are the verifier's own
+    assert not [i for i in so.list_struct_ops() if i.map_name == "so_err"]
 
 
 def test_name_taken_by_this_process_names_the_holder() -> None:

@@ -47,7 +47,7 @@ logging.disable(logging.CRITICAL)
 import pybpf
 from pybpf import raw
 from pybpf.features import xdp
-OBJ, NETNS, PIN = sys.argv[1], sys.argv[2], sys.argv[3]
+OBJ, NETNS, PIN, SO, DISP, TRAMP = sys.argv[1:7]
 before = set(os.listdir("/proc/self/fd"))
 status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
 print(json.dumps({"op": "identity", "ok": True, "uid": os.getuid(), "euid": os.geteuid(),
@@ -72,6 +72,22 @@ t("link_from_id", lambda: pybpf.Link.from_id(1))
 t("enable_stats", lambda: pybpf.enable_stats().close())
 t("enter_netns", lambda: xdp.query("lo", netns=NETNS))
 t("open_pin", lambda: pybpf.Map.from_pinned(PIN).close())
+def struct_ops():
+    with pybpf.Object.open(SO) as o:
+        o.load()
+        o.maps["pybpf_dctcp"].attach_struct_ops().close()
+def dispatcher():
+    from pybpf.features.dispatcher import XdpDispatcher
+    with pybpf.Object.open(DISP) as o:
+        XdpDispatcher("lo", netns=NETNS).add(o.programs["disp_a"])
+def trampoline():
+    with pybpf.Object.open(TRAMP) as o:
+        o.load()
+        for p in o.programs.values():
+            p.attach().close()
+t("struct_ops_register", struct_ops)
+t("dispatcher_add", dispatcher)
+t("trampoline_attach", trampoline)
 gc.collect()
 print(json.dumps({"op": "leaked_fds", "ok": True, "fds": sorted(set(os.listdir("/proc/self/fd")) - before)}))
 '''
@@ -86,7 +102,12 @@ NEEDS = {
     "link_from_id": ["CAP_SYS_ADMIN"],
     "enable_stats": ["CAP_SYS_ADMIN"],
     "enter_netns": ["CAP_SYS_ADMIN"],
+    "struct_ops_register": ["CAP_BPF"],
+    "dispatcher_add": ["CAP_SYS_ADMIN"],
+    "trampoline_attach": ["CAP_BPF"],
 }
+# what the probe's extra operations load: (object, source)
+EXTRA = ("tcp_dctcp_like", "disp_a", "tramp_kernel")
 
 
 def _child(prefix: list[str], code: str, *args: str, pass_fds: tuple[int, ...] = ()) -> list[dict[str, Any]]:
@@ -166,16 +187,18 @@ def test_without_capabilities_every_operation_is_refused_with_the_capability_nam
     with pybpf.Map.create("array", 4, 4, 1, name="rel_priv_pin") as m:
         m.pin(pin)
     assert stat.S_IMODE(os.stat(pin).st_mode) == 0o600
-    obj = compiled("rel_hyg")
+    objs = [compiled(n) for n in ("rel_hyg", *EXTRA)]
     snap = Snapshot.take()
     if who == "nobody":
         with nobody_prefix() as (prefix, work):
-            obj = Path(shutil.copy(obj, os.path.join(work, "rel_hyg.o")))
-            os.chmod(obj, 0o644)
-            recs = _child(prefix, PROBE, str(obj), netns.path, pin)
+            readable = []
+            for o in objs:
+                readable.append(Path(shutil.copy(o, os.path.join(work, o.name))))
+                os.chmod(readable[-1], 0o644)
+            recs = _child(prefix, PROBE, str(readable[0]), netns.path, pin, *map(str, readable[1:]))
         uid = NOBODY_UID
     else:
-        recs = _child(NO_CAPS, PROBE, str(obj), netns.path, pin)
+        recs = _child(NO_CAPS, PROBE, str(objs[0]), netns.path, pin, *map(str, objs[1:]))
         uid = 0
     ident = recs[0]
     assert ident["op"] == "identity" and ident["uid"] == ident["euid"] == uid, ident
@@ -195,7 +218,7 @@ def test_without_net_admin_the_xdp_load_names_it_and_leaves_no_maps(netns: Any, 
     object's maps first; the refused program load must take them back."""
     snap = Snapshot.take()
     recs = {r["op"]: r for r in _child(NO_NET_ADMIN, PROBE, str(compiled("rel_hyg")), netns.path,
-                                       os.path.join(bpffs, "none"))}
+                                       os.path.join(bpffs, "none"), *(str(compiled(n)) for n in EXTRA))}
     assert recs["map_create"]["ok"], recs["map_create"]
     r = recs["object_load"]
     assert not r["ok"] and r["cls"] == "BPFPermissionError", r

@@ -149,7 +149,10 @@ def test_timeout_kills_guest() -> None:
     assert qemus_with(marker) == []
 
 
-def test_sigterm_kills_guest() -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT-ctrl-c"])
+def test_signal_kills_guest(sig: signal.Signals) -> None:
+    """SIGTERM, or the SIGINT of Ctrl-C, while the guest runs: the harness
+    exits 128+signal and no QEMU process is left."""
     marker = f"pybpf_selftest={uuid.uuid4().hex}"
     p = subprocess.Popen(
         [sys.executable, "-m", "pybpf.vm", "run", "--kernel", FIRST, "--no-snapshot", "--append", marker,
@@ -163,14 +166,28 @@ def test_sigterm_kills_guest() -> None:
             assert time.monotonic() < deadline
             time.sleep(0.2)
         time.sleep(1)
-        p.send_signal(signal.SIGTERM)
+        p.send_signal(sig)
         out, err = p.communicate(timeout=30)
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
-    assert p.returncode == 128 + signal.SIGTERM, err
+    assert p.returncode == 128 + sig, err
     assert qemus_with(marker) == []
+
+
+def test_users_own_kernel_image_and_modules(tmp_path: Path) -> None:
+    """--kernel PATH (a bzImage of the user's, here a copy of the first
+    matrix kernel's) with --modules: the guest runs that kernel and loads
+    its modules."""
+    k = resolve_kernel(FIRST)
+    image = tmp_path / "bzImage"
+    shutil.copy(k.dir / "vmlinuz", image)
+    assert k.modules is not None
+    r = harness("--kernel", str(image), "--modules", str(k.modules), "--share", str(tmp_path), "--",
+                "sh", "-c", "uname -r; modprobe veth && ip link add pv0 type veth peer name pv1 && echo veth-ok")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split() == [k.release, "veth-ok"], r.stdout
 
 
 def test_host_kernel(tmp_path: Path) -> None:
