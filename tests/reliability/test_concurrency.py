@@ -12,7 +12,7 @@ import pytest
 
 import pybpf
 from pybpf.features import xdp
-from rel_util import compiled, env_int, popen_python, run_python
+from rel_util import HERE, compiled, env_int, popen_python, run_python
 
 pytestmark = pytest.mark.usefixtures("fd_leak_check")
 
@@ -239,3 +239,32 @@ def test_two_processes_racing_for_one_interface(how: str, veth_pair: Any, bpffs:
         else:
             assert xdp.detach(vp.if_b, netns=vp.b.name, expected=winner)
         assert not xdp.query(vp.if_b, netns=vp.b.name).attached
+
+
+def test_libbpf_log_capture_is_per_thread() -> None:
+    """Two threads failing at the same time, in ways libbpf logs about: each
+    error quotes its own thread's libbpf messages, never the other's."""
+    bad_elf = (HERE / "corpus" / "elf" / "extern-kcfg-error-pointer.o").read_bytes()
+    rejected = compiled("verifier_reject")
+    rounds = 40
+    seen: dict[str, list[str]] = {"open": [], "load": []}
+
+    def opener() -> None:
+        for _ in range(rounds):
+            with pytest.raises(pybpf.ELFError) as ei:
+                pybpf.Object.open(bad_elf)
+            seen["open"].append(str(ei.value))
+
+    def loader() -> None:
+        for _ in range(rounds):
+            with pybpf.Object.open(rejected) as o:
+                with pytest.raises(pybpf.VerifierError) as ei:
+                    o.load()
+            seen["load"].append(str(ei.value) + ei.value.log)
+
+    _run_threads(opener, loader)
+    assert len(seen["open"]) == len(seen["load"]) == rounds
+    for text in seen["open"]:
+        assert "LINUX_KERNEL_VERSION" in text and "verifier" not in text and "no_null_check" not in text, text
+    for text in seen["load"]:
+        assert "no_null_check" in text and "LINUX_KERNEL_VERSION" not in text and ".symtab" not in text, text
