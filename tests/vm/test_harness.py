@@ -190,6 +190,25 @@ def test_users_own_kernel_image_and_modules(tmp_path: Path) -> None:
     assert r.stdout.split() == [k.release, "veth-ok"], r.stdout
 
 
+def test_accelerator_is_chosen_by_running_a_probe_guest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """KVM is used only if a probe guest really runs under it: the 64-byte
+    probe image reaches its exit port under TCG (so the probe can succeed),
+    and the harness's choice (with an empty cache) is KVM exactly when the
+    same probe succeeds with -accel kvm."""
+    from pybpf.vm import runner
+
+    img = tmp_path / "probe.bin"
+    img.write_bytes(runner._tiny_multiboot())
+    assert runner._probe("tcg", img, timeout=60) is True
+    kvm_runs = os.access("/dev/kvm", os.R_OK | os.W_OK) and runner._probe("kvm", img, timeout=30)
+    monkeypatch.delenv("PYBPF_VM_ACCEL", raising=False)
+    monkeypatch.setenv("PYBPF_VM_CACHE", str(tmp_path / "cache"))
+    assert runner.detect_accel() == ("kvm" if kvm_runs else "tcg")
+    r = subprocess.run([sys.executable, "-m", "pybpf.vm", "accel"], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYBPF_VM_CACHE": str(tmp_path / "cache")})
+    assert r.stdout.strip() == ("kvm" if kvm_runs else "tcg"), r
+
+
 def test_host_kernel(tmp_path: Path) -> None:
     r = harness("--kernel", "host", "--share", str(tmp_path), "--", "sh", "-c", "uname -r; pwd; exit 4", timeout=60)
     assert r.returncode == 4
