@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from typing import Any
 
 from pybpf import raw
@@ -263,7 +264,9 @@ def struct_ops_main(ctx: Ctx, words: list[str]) -> int:
         ctx.say(SO_HELP)
         return 0
     cmd = match(words[0], ["show", "list", "dump", "register", "unregister", "help"], "struct-ops command")
-    args = Args(words[1:], SO_HELP.splitlines()[0])
+    usage = next((line for line in SO_HELP.splitlines() if re.search(rf"\b{cmd}\b", line)),
+                 SO_HELP.splitlines()[0]).strip().removeprefix("Usage:").strip()
+    args = Args(words[1:], usage)
     fn = {"show": _so_show, "list": _so_show, "dump": _so_dump, "register": _so_register,
           "unregister": _so_unregister}.get(cmd)
     if fn is None:
