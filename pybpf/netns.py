@@ -57,6 +57,32 @@ def enter(netns: str | os.PathLike[str] | None) -> Iterator[None]:
         os.close(ofd)
 
 
+def current_ident() -> tuple[int, int]:
+    """(device, inode) of the calling thread's network namespace: what
+    tells two namespaces apart."""
+    st = os.stat("/proc/thread-self/ns/net")
+    return st.st_dev, st.st_ino
+
+
+def find_path(ident: tuple[int, int]) -> str | None:
+    """A path that opens the namespace ``ident`` (see :func:`current_ident`):
+    a named one under /run/netns, else one a thread of this process is in;
+    None if there is none."""
+    candidates: list[str] = []
+    with contextlib.suppress(OSError):
+        candidates += [os.path.join(NETNS_RUN_DIR, n) for n in os.listdir(NETNS_RUN_DIR)]
+    with contextlib.suppress(OSError):
+        candidates += [f"/proc/self/task/{t}/ns/net" for t in os.listdir("/proc/self/task")]
+    for path in candidates:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == ident:
+            return path
+    return None
+
+
 def ifindex(iface: str | int, netns: str | os.PathLike[str] | None = None) -> int:
     """The index of interface ``iface`` (a name or an index) in ``netns``."""
     if isinstance(iface, int):

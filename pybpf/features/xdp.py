@@ -307,33 +307,7 @@ def attach(prog: Any, iface: str | int, mode: str | None = None, *, netns: str |
             k.close()
     pid = int(raw.prog_info(pfd).id)
     return XdpAttachment(prog, idx, iface, netns, st.mode_of(pid) or st.mode, pid,
-                         ns_ident=_current_netns() if netns is None else None)
-
-
-def _current_netns() -> tuple[int, int]:
-    """(device, inode) of the calling thread's network namespace."""
-    st = os.stat("/proc/thread-self/ns/net")
-    return st.st_dev, st.st_ino
-
-
-def _netns_path_of(ident: tuple[int, int]) -> str | None:
-    """A path that opens the namespace ``ident``: a named one (/run/netns)
-    or one of this process's threads; None if there is none."""
-    for base, names in ((_netns.NETNS_RUN_DIR, lambda: os.listdir(_netns.NETNS_RUN_DIR)),
-                        ("/proc/self/task", lambda: [f"{t}/ns/net" for t in os.listdir("/proc/self/task")])):
-        try:
-            entries = names()
-        except OSError:
-            continue
-        for name in entries:
-            path = os.path.join(base, name)
-            try:
-                st = os.stat(path)
-            except OSError:
-                continue
-            if (st.st_dev, st.st_ino) == ident:
-                return path
-    return None
+                         ns_ident=_netns.current_ident() if netns is None else None)
 
 
 def _explain_netlink(ipr: Any, code: int, text: str, what: str, idx: int, iface: str | int,
@@ -450,9 +424,9 @@ class XdpAttachment:
         self._ns_ident = ns_ident
 
     def _netns(self) -> str | os.PathLike[str] | None:
-        if self.netns is not None or self._ns_ident is None or _current_netns() == self._ns_ident:
+        if self.netns is not None or self._ns_ident is None or _netns.current_ident() == self._ns_ident:
             return self.netns
-        path = _netns_path_of(self._ns_ident)
+        path = _netns.find_path(self._ns_ident)
         if path is None:
             raise BPFNotFoundError(_errno.ENOENT, f"XDP attachment of program id {self.prog_id} on ifindex "
                                    f"{self.ifindex}: it was made in another network namespace, which this thread "
