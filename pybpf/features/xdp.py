@@ -423,7 +423,7 @@ class XdpAttachment:
         # detach from another namespace never reaches a different interface with the same index
         self._ns_ident = ns_ident
 
-    def _netns(self) -> str | os.PathLike[str] | None:
+    def _namespace(self) -> str | os.PathLike[str] | None:
         if self.netns is not None or self._ns_ident is None or _netns.current_ident() == self._ns_ident:
             return self.netns
         path = _netns.find_path(self._ns_ident)
@@ -436,7 +436,7 @@ class XdpAttachment:
         return path
 
     def status(self) -> XdpStatus:
-        return query(self.ifindex, netns=self._netns())
+        return query(self.ifindex, netns=self._namespace())
 
     @property
     def attached(self) -> bool:
@@ -449,7 +449,7 @@ class XdpAttachment:
     def detach(self) -> bool:
         """Detach, if this program is still the one attached (atomic).
         Returns False when it no longer was."""
-        where = self._netns()
+        where = self._namespace()
         try:
             st = query(self.ifindex, netns=where)
             mode = st.mode_of(self.prog_id)

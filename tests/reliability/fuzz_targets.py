@@ -151,11 +151,12 @@ def _scratch_bpffs() -> str:
 MAP_BUDGET = 16 << 20          # bytes per map
 OBJECT_BUDGET = 64 << 20       # bytes per object, all maps together
 ENTRY_OVERHEAD = 64            # hash element header, rounding
+RING_TYPES = (pybpf.MapType.RINGBUF, pybpf.MapType.USER_RINGBUF)   # sized in bytes, not entries
 
 
 def _map_bytes(m: pybpf.Map, max_entries: int) -> int:
     """A generous estimate of the kernel memory a map of this shape takes."""
-    if m.type in (pybpf.MapType.RINGBUF, pybpf.MapType.USER_RINGBUF):
+    if m.type in RING_TYPES:
         return 2 * max_entries               # data pages, and mapped twice
     cpus = _POSSIBLE_CPUS if m.type in PERCPU_TYPES else 1
     entry = max(m.key_size, 0) + max(m.value_size, 1) * cpus + ENTRY_OVERHEAD
@@ -170,7 +171,7 @@ def _clamp_maps(obj: pybpf.Object) -> bool:
         try:
             n = m.max_entries
             if _map_bytes(m, n) > MAP_BUDGET:
-                if m.type in (pybpf.MapType.RINGBUF, pybpf.MapType.USER_RINGBUF):
+                if m.type in RING_TYPES:
                     n = 4096
                 else:
                     n = max(1, MAP_BUDGET // max(1, _map_bytes(m, 1)))

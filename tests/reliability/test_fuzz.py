@@ -58,12 +58,16 @@ def _memory_cage() -> Path | None:
 
 
 def _oom_kills(cage: Path | None) -> int:
+    """How many processes the OOM killer ended inside ``cage``."""
+    if cage is None:
+        return 0
     try:
-        for line in (cage / "memory.oom_control").read_text().splitlines() if cage else ():
-            if line.startswith("oom_kill "):
-                return int(line.split()[1])
+        text = (cage / "memory.oom_control").read_text()
     except OSError:
-        pass
+        return 0
+    for line in text.splitlines():
+        if line.startswith("oom_kill "):
+            return int(line.split()[1])
     return 0
 
 

@@ -106,7 +106,7 @@ NEEDS = {
     "dispatcher_add": ["CAP_SYS_ADMIN"],
     "trampoline_attach": ["CAP_BPF"],
 }
-# what the probe's extra operations load: (object, source)
+# the objects PROBE's struct_ops, dispatcher and trampoline operations load (argv[4:7])
 EXTRA = ("tcp_dctcp_like", "disp_a", "tramp_kernel")
 
 
