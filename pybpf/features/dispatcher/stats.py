@@ -145,5 +145,9 @@ def read(d: "_Dispatcher") -> "list[ComponentStats]":
         returns = {k - 2: n for k, n in enumerate(vals) if 1 <= k < NCOUNTS - 1 and n}
         if vals[NCOUNTS - 1]:
             returns[-99] = vals[NCOUNTS - 1]
-        out.append(ComponentStats(prog_id=c.prog_id, name=c.name, runs=vals[0], returns=returns))
+        # Each run bumps exactly one return bucket.  The buckets are read one
+        # lookup at a time while packets keep arriving, so counts[0] read
+        # first can lag the buckets read after it; the buckets' sum is a
+        # snapshot in which runs and returns always agree.
+        out.append(ComponentStats(prog_id=c.prog_id, name=c.name, runs=sum(vals[1:]), returns=returns))
     return out
