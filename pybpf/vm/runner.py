@@ -196,6 +196,33 @@ def _probe(accel: str, image: Path, timeout: float = 5.0) -> bool:
         _kill_group(p)
 
 
+# A Linux guest under KVM writes its first console line within a second or
+# two; one that wrote nothing in this long is stuck, not slow.
+KVM_STALL = 90.0
+
+
+def _accel_key() -> str | None:
+    qemu = shutil.which(QEMU) or QEMU
+    try:
+        qst = os.stat(qemu)
+    except OSError:
+        return None
+    return f"{platform.release()}|{qemu}|{qst.st_size}|{qst.st_mtime_ns}"
+
+
+def remember_accel(accel: str) -> None:
+    """Record ``accel`` as what :func:`detect_accel` answers from now on."""
+    key = _accel_key()
+    if key is None:
+        return
+    cfile = cache_dir() / "accel.json"
+    try:
+        cfile.parent.mkdir(parents=True, exist_ok=True)
+        cfile.write_text(json.dumps({"key": key, "accel": accel}))
+    except OSError:
+        pass
+
+
 def detect_accel() -> str:
     """``kvm`` if KVM really runs guest code here, else ``tcg`` (cached).
 
@@ -208,11 +235,8 @@ def detect_accel() -> str:
         return env
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return "tcg"
-    qemu = shutil.which(QEMU) or QEMU
-    try:
-        qst = os.stat(qemu)
-        key = f"{platform.release()}|{qemu}|{qst.st_size}|{qst.st_mtime_ns}"
-    except OSError:
+    key = _accel_key()
+    if key is None:
         return "tcg"
     cfile = cache_dir() / "accel.json"
     try:
@@ -225,11 +249,7 @@ def detect_accel() -> str:
         img = Path(d) / "probe.bin"
         img.write_bytes(_tiny_multiboot())
         accel = "kvm" if _probe("kvm", img) else "tcg"
-    try:
-        cfile.parent.mkdir(parents=True, exist_ok=True)
-        cfile.write_text(json.dumps({"key": key, "accel": accel}))
-    except OSError:
-        pass
+    remember_accel(accel)
     return accel
 
 
@@ -574,6 +594,13 @@ def run_in_vm(
     result = attempt(allow_restore=True)
     if result.reason == "restore-failed":
         result = attempt(allow_restore=False)
+    if result.reason == "kvm-stall":
+        _log(f"{label or kernel.name}: under KVM the guest wrote nothing in {KVM_STALL:g} s although KVM ran "
+             f"the accelerator probe: this KVM does not run Linux guests here. Using TCG from now on "
+             f"(remembered in {cache_dir() / 'accel.json'}; PYBPF_VM_ACCEL=kvm|tcg overrides).")
+        remember_accel("tcg")
+        attempt.keywords["cfg"] = dataclasses.replace(attempt.keywords["cfg"], accel="tcg")
+        result = attempt(allow_restore=True)
     return result
 
 
@@ -722,8 +749,9 @@ def _run_once(
                 except OSError:
                     pass
                 send_run()
+            stall = KVM_STALL if accel == "kvm" and cfg.accel is None else None
             result = _supervise(proc, chans, out, err, cfg, t0, timeout, marks, console_tail, label, say,
-                                on_ready)
+                                on_ready, stall)
             if restore and "params" not in marks and result.reason in ("start-failed", "no-status"):
                 return _restore_failed(label, snap, result)
             return result
@@ -793,8 +821,16 @@ def _supervise(
     label: str,
     say: Callable[[str], None],
     on_ready: Callable[[], None],
+    stall: float | None = None,
 ) -> RunResult:
+    """Relay the guest's channels until it reports its status.
+
+    With ``stall``, a guest that has written nothing at all on its console
+    ``stall`` seconds after t0 is stopped and reported as ``kvm-stall``:
+    a KVM that runs the accelerator probe but not a Linux kernel.
+    """
     sel = selectors.DefaultSelector()
+    heard = False
     assert proc.stderr is not None
     qerr_fd = proc.stderr.fileno()
     names = {fd: name for name, fd in chans.items()}
@@ -835,6 +871,9 @@ def _supervise(
             wait = min(wait, deadline - now)
         if exit_seen_at is not None and now - exit_seen_at > 10:
             break  # status known; the guest does not go away: stop it
+        if stall is not None and not heard and now - t0 > stall:
+            _kill_group(proc)
+            return RunResult(EXIT_START_FAILED, "kvm-stall", marks, "")
         for key, _ in sel.select(wait):
             fd = key.fd
             try:
@@ -848,6 +887,8 @@ def _supervise(
                 sel.unregister(fd)
                 del names[fd]
                 continue
+            if name != "qemu":
+                heard = True
             if name == "dbg":
                 marks.setdefault("firmware", time.monotonic() - t0)
             elif name == "out":
