@@ -210,12 +210,16 @@ def _accel_key() -> str | None:
     return f"{platform.release()}|{qemu}|{qst.st_size}|{qst.st_mtime_ns}"
 
 
+def _accel_file() -> Path:
+    return cache_dir() / "accel.json"
+
+
 def remember_accel(accel: str) -> None:
     """Record ``accel`` as what :func:`detect_accel` answers from now on."""
     key = _accel_key()
     if key is None:
         return
-    cfile = cache_dir() / "accel.json"
+    cfile = _accel_file()
     try:
         cfile.parent.mkdir(parents=True, exist_ok=True)
         cfile.write_text(json.dumps({"key": key, "accel": accel}))
@@ -238,7 +242,7 @@ def detect_accel() -> str:
     key = _accel_key()
     if key is None:
         return "tcg"
-    cfile = cache_dir() / "accel.json"
+    cfile = _accel_file()
     try:
         cached = json.loads(cfile.read_text())
         if cached.get("key") == key:
@@ -591,16 +595,22 @@ def run_in_vm(
     attempt = functools.partial(_run_once, kernel, argv, cwd=cwd, shares=shares, env=env, timeout=timeout,
                                 cfg=config or VMConfig(), stdout=stdout, stderr=stderr,
                                 label=label or kernel.name, t0=time.monotonic())
-    result = attempt(allow_restore=True)
-    if result.reason == "restore-failed":
-        result = attempt(allow_restore=False)
+    result = _with_fresh_boot(attempt)
     if result.reason == "kvm-stall":
         _log(f"{label or kernel.name}: under KVM the guest wrote nothing in {KVM_STALL:g} s although KVM ran "
              f"the accelerator probe: this KVM does not run Linux guests here. Using TCG from now on "
-             f"(remembered in {cache_dir() / 'accel.json'}; PYBPF_VM_ACCEL=kvm|tcg overrides).")
+             f"(remembered in {_accel_file()}; PYBPF_VM_ACCEL=kvm|tcg overrides).")
         remember_accel("tcg")
-        attempt.keywords["cfg"] = dataclasses.replace(attempt.keywords["cfg"], accel="tcg")
-        result = attempt(allow_restore=True)
+        tcg = dataclasses.replace(attempt.keywords["cfg"], accel="tcg")
+        result = _with_fresh_boot(functools.partial(attempt, cfg=tcg))
+    return result
+
+
+def _with_fresh_boot(attempt: "Callable[..., RunResult]") -> RunResult:
+    """Run ``attempt``, booting afresh if its boot snapshot cannot be restored."""
+    result = attempt(allow_restore=True)
+    if result.reason == "restore-failed":
+        result = attempt(allow_restore=False)
     return result
 
 
@@ -825,8 +835,8 @@ def _supervise(
 ) -> RunResult:
     """Relay the guest's channels until it reports its status.
 
-    With ``stall``, a guest that has written nothing at all on its console
-    ``stall`` seconds after t0 is stopped and reported as ``kvm-stall``:
+    With ``stall``, a guest that has written nothing on any of its channels
+    (console, output, control) ``stall`` seconds after t0 is stopped and reported as ``kvm-stall``:
     a KVM that runs the accelerator probe but not a Linux kernel.
     """
     sel = selectors.DefaultSelector()
